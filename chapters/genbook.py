@@ -1,0 +1,441 @@
+"""Shared helpers for the book's notebooks: set-up, data, plots and evaluation.
+
+Everything that several chapters need lives here, once: seeding and device
+choice, finding and checking Fashion-MNIST, the house plot style, image grids,
+a pixel-space Gaussian baseline, and the feature classifier behind the
+Fréchet distance. A model's own code is written out in the chapter that
+teaches it.
+
+Run ``python chapters/genbook.py data`` to fetch and check the data set.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "CLASSES", "DataError", "setup", "pick_device", "data_root", "ensure_fashion_mnist",
+    "load_fashion_mnist", "set_style", "show_images", "PixelGaussian",
+    "feature_classifier", "features", "frechet_distance", "fit_gaussian_stats",
+]
+
+#: Fashion-MNIST's ten classes, in label order.
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+#: SHA-256 of the four decompressed files, as torchvision keeps them in ``FashionMNIST/raw``.
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+#: Where Debian's ``dataset-fashion-mnist`` package puts the compressed files.
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+HOW_TO_GET_DATA = """\
+Fashion-MNIST is missing or damaged in {raw}.
+Problem: {problem}
+To fix it, do one of these, then run the notebook again:
+  * with internet access: delete {raw} and run `make data` (torchvision downloads it);
+  * offline on Debian or Ubuntu: `sudo apt-get install dataset-fashion-mnist`, then `make data`;
+  * by hand: put the four decompressed files {names} in {raw}.
+The book never substitutes other data."""
+
+
+class DataError(RuntimeError):
+    """The data set is missing or does not match its checksums."""
+
+
+# ---------------------------------------------------------------- set-up
+
+_START = time.perf_counter()
+
+
+def pick_device():
+    """The fastest device present: CUDA, then Apple's MPS, then the CPU."""
+    import torch
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def setup(seed: int = 0, style: bool = True):
+    """Seed every generator, set the CPU thread count and the plot style; return the device.
+
+    The thread count comes from ``GENBOOK_THREADS`` when it is set (the test run sets it),
+    otherwise torch keeps its default.
+    """
+    import torch
+    global _START
+    _START = time.perf_counter()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    threads = os.environ.get("GENBOOK_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    _quiet_progress_bars()
+    if style:
+        set_style()
+    return pick_device()
+
+
+def _quiet_progress_bars() -> None:
+    """Honour TQDM_DISABLE (set by the test run) in notebooks too.
+
+    tqdm's notebook widget ignores the variable and leaves an empty widget in the saved
+    outputs; under TQDM_DISABLE, ``from tqdm.auto import tqdm`` gets the plain bar instead,
+    which honours it and prints nothing. Readers, who do not set it, keep the widget bars.
+    """
+    if os.environ.get("TQDM_DISABLE"):
+        import tqdm.auto
+        import tqdm.autonotebook
+        import tqdm.std
+        for module in (tqdm.auto, tqdm.autonotebook):
+            module.tqdm, module.trange = tqdm.std.tqdm, tqdm.std.trange
+
+
+def elapsed() -> float:
+    """Seconds since :func:`setup` was called: each notebook prints it in its last cell."""
+    return time.perf_counter() - _START
+
+
+# ---------------------------------------------------------------- data
+
+def data_root() -> Path:
+    """The folder that holds ``FashionMNIST/raw``.
+
+    ``GENBOOK_DATA`` wins when set; in a clone of the book it is ``data/`` at the
+    repository's root, wherever the notebook runs from; elsewhere (Colab) ``./data``.
+    """
+    env = os.environ.get("GENBOOK_DATA")
+    if env:
+        return Path(env).expanduser().resolve()
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "_config.yml").exists():
+        return repo / "data"
+    return Path.cwd() / "data"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_fashion_mnist(root: Path | None = None) -> str | None:
+    """None when all four files are present and match their SHA-256; else what is wrong."""
+    raw = Path(root or data_root()) / "FashionMNIST" / "raw"
+    for name, digest in FASHION_MNIST_SHA256.items():
+        path = raw / name
+        if not path.exists():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its SHA-256 checksum (corrupt or truncated)"
+    return None
+
+
+def _from_debian(raw: Path) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in FASHION_MNIST_SHA256:
+        with gzip.open(DEBIAN_DIR / f"{name}.gz", "rb") as src, open(raw / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def _from_torchvision(root: Path) -> None:
+    from torchvision.datasets import FashionMNIST
+    for train in (True, False):
+        FashionMNIST(root, train=train, download=True)
+
+
+def ensure_fashion_mnist(root: Path | None = None, apt: bool = False, log=print) -> Path:
+    """Make sure the four checked files are in ``root/FashionMNIST/raw``; return ``root``.
+
+    In order: files already there and matching; torchvision's own download; Debian's
+    ``dataset-fashion-mnist`` package (installed with apt-get first when ``apt`` is true
+    and we are root). Anything else raises :class:`DataError` saying how to fix it.
+    """
+    root = Path(root or data_root())
+    raw = root / "FashionMNIST" / "raw"
+    problem = check_fashion_mnist(root)
+    if problem is None:
+        return root
+    damaged = any((raw / n).exists() for n in FASHION_MNIST_SHA256)
+    if damaged:
+        # Never train on a damaged copy: set it aside and fetch a fresh one.
+        log(f"Fashion-MNIST in {raw}: {problem}; fetching a fresh copy.")
+        for n in FASHION_MNIST_SHA256:
+            (raw / n).unlink(missing_ok=True)
+    attempts = []
+    try:
+        _from_torchvision(root)
+        attempts.append("torchvision download: done")
+    except Exception as exc:  # offline: no network
+        attempts.append(f"torchvision download failed ({type(exc).__name__})")
+    if check_fashion_mnist(root) is not None:
+        if not DEBIAN_DIR.exists() and apt and shutil.which("apt-get") and os.geteuid() == 0:
+            log("Installing Debian's dataset-fashion-mnist package ...")
+            subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"],
+                           check=False, stdout=subprocess.DEVNULL)
+        if DEBIAN_DIR.exists():
+            try:
+                _from_debian(raw)
+                attempts.append(f"copied from {DEBIAN_DIR}")
+            except OSError as exc:
+                attempts.append(f"copy from {DEBIAN_DIR} failed ({exc})")
+        else:
+            attempts.append("Debian package dataset-fashion-mnist not installed")
+    problem = check_fashion_mnist(root)
+    if problem is not None:
+        raise DataError(HOW_TO_GET_DATA.format(
+            raw=raw, problem=f"{problem} (tried: {'; '.join(attempts)})",
+            names=", ".join(FASHION_MNIST_SHA256)))
+    log(f"Fashion-MNIST ready in {raw} ({attempts[-1]}).")
+    return root
+
+
+def load_fashion_mnist(train: bool = True, root: Path | None = None):
+    """Fashion-MNIST as tensors: images ``(N, 1, 28, 28)`` float32 in [0, 1], labels ``(N,)`` int64.
+
+    Goes through ``torchvision.datasets.FashionMNIST(root, download=True)`` after the
+    checksums pass, so it is the same data torchvision users get.
+    """
+    from torchvision.datasets import FashionMNIST
+    root = ensure_fashion_mnist(root, log=lambda *_: None)
+    ds = FashionMNIST(root, train=train, download=True)
+    x = ds.data.unsqueeze(1).float().div_(255.0)
+    return x, ds.targets.clone()
+
+
+# ---------------------------------------------------------------- plots
+
+def _style_file() -> Path | None:
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "assets" / "house.mplstyle", here / "house.mplstyle"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def set_style() -> None:
+    """The house style: seaborn's theme plus ``assets/house.mplstyle`` (opaque white
+    figures that read on the light and the dark page)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    path = _style_file()
+    if path is not None:
+        plt.style.use(str(path))
+
+
+def show_images(images, nrow: int = 8, ax=None, title: str | None = None, cmap: str = "gray_r",
+                vmin: float = 0.0, vmax: float = 1.0, pad: int = 2):
+    """Draw a batch of images ``(N, 1, H, W)`` or ``(N, H, W)`` as one grid on ``ax``."""
+    import matplotlib.pyplot as plt
+    x = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, dtype=np.float32)
+    if x.ndim == 4:
+        x = x[:, 0]
+    n, h, w = x.shape
+    ncol = min(nrow, n)
+    nrows = int(np.ceil(n / ncol))
+    grid = np.full((nrows * (h + pad) + pad, ncol * (w + pad) + pad), vmin, dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = x[i]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(ncol * 0.6, nrows * 0.6))
+    ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+# ---------------------------------------------------------------- a pixel-space baseline
+
+class PixelGaussian:
+    """One multivariate Gaussian over flattened pixels, or one per class when fitted with labels.
+
+    ``shrink`` adds that much variance to the diagonal, which keeps the covariance positive
+    definite (a few border pixels are almost always 0). Used as the first point on the book's
+    sample-quality scale.
+    """
+
+    def __init__(self, shrink: float = 1e-3):
+        self.shrink = shrink
+
+    def fit(self, x, y=None):
+        import torch
+        x = torch.as_tensor(x).reshape(len(x), -1).double()
+        labels = torch.zeros(len(x), dtype=torch.long) if y is None else torch.as_tensor(y)
+        self.classes_ = torch.unique(labels)
+        self.means_, self.chols_, self.priors_ = [], [], []
+        for k in self.classes_:
+            xk = x[labels == k]
+            mu = xk.mean(0)
+            cov = torch.cov(xk.T, correction=0) + self.shrink * torch.eye(x.shape[1], dtype=x.dtype)
+            self.means_.append(mu)
+            self.chols_.append(torch.linalg.cholesky(cov))
+            self.priors_.append(len(xk) / len(x))
+        return self
+
+    def sample(self, n: int, y=None, generator=None):
+        """``n`` samples (per class in ``y`` when given), clipped to [0, 1], shaped like images."""
+        import torch
+        if y is None:
+            y = torch.multinomial(torch.tensor(self.priors_), n, replacement=True, generator=generator)
+        y = torch.as_tensor(y)
+        out = torch.empty(len(y), self.means_[0].numel(), dtype=torch.float64)
+        for i, k in enumerate(self.classes_.tolist()):
+            idx = (y == k).nonzero().flatten()
+            z = torch.randn(len(idx), out.shape[1], dtype=torch.float64, generator=generator)
+            out[idx] = self.means_[i] + z @ self.chols_[i].T
+        side = int(round(out.shape[1] ** 0.5))
+        return out.clamp(0, 1).float().reshape(len(y), 1, side, side), y
+
+    def log_prob(self, x):
+        """Log-density of each row of ``x`` under the (mixture of) Gaussian(s), in nats."""
+        import torch
+        from torch.distributions import MultivariateNormal
+        x = torch.as_tensor(x).reshape(len(x), -1).double()
+        parts = [MultivariateNormal(m, scale_tril=L).log_prob(x) + np.log(p)
+                 for m, L, p in zip(self.means_, self.chols_, self.priors_)]
+        return torch.logsumexp(torch.stack(parts), 0)
+
+
+# ---------------------------------------------------------------- evaluation
+
+def _classifier_net():
+    import torch.nn as nn
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
+        nn.Dropout(0.2), nn.Linear(128, 10),
+    )
+
+
+_CLASSIFIER_VERSION = "cnn-v1-e2"
+
+
+def feature_classifier(epochs: int = 2, seed: int = 0, cache: bool = True, verbose: bool = True):
+    """The book's evaluation classifier for Fashion-MNIST (a small CNN, about 89% test accuracy).
+
+    Its 128 penultimate features define the Fréchet distance used to compare every image
+    model of the book on one scale; its predictions count which classes samples fall in.
+    It is trained here on the CPU, never downloaded, and kept in ``data/`` as a state dict
+    (loaded with ``weights_only=True``) so that later chapters reuse the same network.
+    Returns the network in eval mode on the CPU, and its test accuracy.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+    path = data_root() / f"feature-classifier-{_CLASSIFIER_VERSION}-s{seed}.pt"
+    net = _classifier_net()
+    if cache and path.exists():
+        saved = torch.load(path, weights_only=True)
+        net.load_state_dict(saved["state_dict"])
+        net.eval()
+        return net, float(saved["test_accuracy"])
+    x, y = load_fashion_mnist(train=True)
+    xt, yt = load_fashion_mnist(train=False)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for epoch in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in tqdm(range(0, len(x), 128), desc=f"classifier epoch {epoch + 1}", leave=False):
+            idx = perm[i:i + 128]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = float(torch.cat([net(xt[i:i + 1000]).argmax(1) for i in range(0, len(xt), 1000)]).eq(yt).float().mean())
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": net.state_dict(), "test_accuracy": acc}, path)
+    return net, acc
+
+
+def features(net, images, batch_size: int = 1000):
+    """Penultimate-layer features (N, 128) and predicted classes (N,) for images in [0, 1]."""
+    import torch
+    body, head = net[:-1], net[-1]
+    feats, preds = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            f = body(images[i:i + batch_size].float().cpu())
+            feats.append(f)
+            preds.append(head(f).argmax(1))
+    return torch.cat(feats).double().numpy(), torch.cat(preds).numpy()
+
+
+def fit_gaussian_stats(feats):
+    """Mean and covariance of a feature matrix: the two numbers a Fréchet distance compares."""
+    feats = np.asarray(feats, dtype=np.float64)
+    return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+def frechet_distance(a, b) -> float:
+    """Fréchet distance between Gaussians fitted to two feature matrices (rows are samples).
+
+    d^2 = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), computed with
+    symmetric eigendecompositions, which stay real and stable.
+    """
+    mu_a, s_a = fit_gaussian_stats(a)
+    mu_b, s_b = fit_gaussian_stats(b)
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    trace_sqrt = np.sqrt(np.clip(inner, 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_sqrt)
+
+
+# ---------------------------------------------------------------- command line
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["data"]:
+        try:
+            root = ensure_fashion_mnist(apt=True)
+        except DataError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"Fashion-MNIST checked (SHA-256) in {root / 'FashionMNIST' / 'raw'}")
+        return 0
+    if argv[:1] == ["classifier"]:
+        threads = os.environ.get("GENBOOK_THREADS")
+        if threads:
+            import torch
+            torch.set_num_threads(int(threads))
+        _, acc = feature_classifier()
+        print(f"Evaluation classifier ready in {data_root()} (test accuracy {acc:.4f})")
+        return 0
+    print("usage: python chapters/genbook.py data|classifier", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""The shared helpers do what the chapters rely on, checked against independent references."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.stats
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chapters"))
+import genbook  # noqa: E402
+
+
+def test_frechet_distance_matches_the_scipy_formula():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 6))
+    b = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6)) * 0.5 + 1.0
+    mu_a, s_a = a.mean(0), np.cov(a, rowvar=False)
+    mu_b, s_b = b.mean(0), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s_a @ s_b).real
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean)
+    assert genbook.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert genbook.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_pixel_gaussian_log_prob_and_samples():
+    rng = np.random.default_rng(1)
+    x = torch.tensor(rng.uniform(size=(300, 4)))
+    y = torch.tensor(rng.integers(0, 2, size=300))
+    model = genbook.PixelGaussian(shrink=1e-3).fit(x, y)
+    ref = np.logaddexp(*[
+        scipy.stats.multivariate_normal(model.means_[k].numpy(), np.cov(x[y == k].numpy(), rowvar=False, bias=True)
+                                        + 1e-3 * np.eye(4)).logpdf(x.numpy()) + np.log(model.priors_[k])
+        for k in range(2)])
+    assert np.allclose(model.log_prob(x).numpy(), ref, atol=1e-8)
+    g = torch.Generator().manual_seed(0)
+    samples, labels = model.sample(1000, y=torch.zeros(1000, dtype=torch.long), generator=g)
+    assert samples.shape == (1000, 1, 2, 2) and labels.eq(0).all()
+    assert float(samples.min()) >= 0 and float(samples.max()) <= 1
+
+
+def test_setup_seeds_and_picks_a_device(monkeypatch):
+    monkeypatch.setenv("GENBOOK_THREADS", "1")
+    device = genbook.setup(seed=3, style=False)
+    a = torch.rand(3)
+    genbook.setup(seed=3, style=False)
+    assert torch.equal(a, torch.rand(3))
+    assert device.type in {"cpu", "cuda", "mps"}
+    assert torch.get_num_threads() == 1
+
+
+def test_show_images_draws_a_grid():
+    import matplotlib
+    matplotlib.use("Agg")
+    ax = genbook.show_images(torch.rand(10, 1, 28, 28), nrow=5)
+    assert ax.images[0].get_array().shape == (2 * 30 + 2, 5 * 30 + 2)
+
+
+def test_the_evaluation_classifier_is_accurate():
+    net, acc = genbook.feature_classifier()
+    assert 0.85 < acc < 0.95
+    x, y = genbook.load_fashion_mnist(train=False)
+    feats, preds = genbook.features(net, x[:2000])
+    assert feats.shape == (2000, 128)
+    assert (preds == y[:2000].numpy()).mean() > 0.85

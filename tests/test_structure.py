@@ -1,0 +1,186 @@
+"""Structural checks of the committed notebooks and the project's set-up files.
+
+These read the files as they are committed; nbval (run on chapters/ by `make test`)
+re-executes the notebooks and compares their outputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = ROOT / "chapters"
+NOTEBOOKS = sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb"))
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+MAX_BYTES = 2_000_000
+MACHINE_PATHS = [re.escape(str(ROOT)), r"/root/", r"/tmp/ipykernel", r"/home/[a-z_][a-z0-9_-]*/", r"C:\\\\Users"]
+
+
+def _toc_files(node) -> list[str]:
+    files = []
+    if isinstance(node, dict):
+        if "file" in node:
+            files.append(node["file"])
+        for value in node.values():
+            files += _toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            files += _toc_files(item)
+    return files
+
+
+def _code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _markdown(nb) -> str:
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+def _raw_base() -> str:
+    owner_repo = CONFIG["repository"]["url"].rstrip("/").split("github.com/")[1]
+    return f"https://raw.githubusercontent.com/{owner_repo}/{CONFIG['repository']['branch']}"
+
+
+@pytest.fixture(params=NOTEBOOKS, ids=lambda p: p.name)
+def notebook(request):
+    path = request.param
+    return path, nbformat.read(path, as_version=4)
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "chapters/ holds no numbered notebooks"
+
+
+def test_toc_lists_every_notebook_in_file_order():
+    listed = [f for f in _toc_files(TOC) if f.startswith("chapters/")]
+    on_disk = [f"chapters/{p.stem}" for p in NOTEBOOKS]
+    assert listed == on_disk, f"_toc.yml lists {listed}, chapters/ holds {on_disk}"
+    for f in _toc_files(TOC) + [TOC["root"]]:
+        assert any((ROOT / f"{f}{ext}").exists() for ext in (".md", ".ipynb")), f"{f} in _toc.yml does not exist"
+
+
+def test_notebook_is_valid_and_small(notebook):
+    path, nb = notebook
+    nbformat.validate(nb)
+    assert path.stat().st_size < MAX_BYTES, f"{path.name} is {path.stat().st_size / 1e6:.1f} MB"
+
+
+def test_notebook_ran_top_to_bottom_without_errors(notebook):
+    path, nb = notebook
+    cells = _code_cells(nb)
+    counts = [c.execution_count for c in cells]
+    assert None not in counts, f"{path.name}: {counts.count(None)} code cell(s) never executed"
+    assert counts == list(range(1, len(cells) + 1)), f"{path.name}: execution counts {counts} are not 1..n"
+    for i, cell in enumerate(cells):
+        for out in cell.get("outputs", []):
+            assert out.output_type != "error", f"{path.name}: code cell {i + 1} has an error output"
+            if out.output_type == "stream" and out.name == "stderr":
+                assert "Warning" not in out.text and "Traceback" not in out.text, \
+                    f"{path.name}: code cell {i + 1} prints a warning to stderr:\n{out.text[:300]}"
+
+
+def test_notebook_has_no_machine_specific_paths(notebook):
+    path, nb = notebook
+    text = json.dumps(nb)
+    for pattern in MACHINE_PATHS:
+        assert not re.search(pattern, text), f"{path.name} mentions a machine-specific path ({pattern})"
+
+
+def test_first_code_cell_sets_up_colab_and_seeds(notebook):
+    path, nb = notebook
+    first = _code_cells(nb)[0].source
+    assert 'if "google.colab" in sys.modules' in first, f"{path.name}: first code cell lacks the Colab set-up"
+    assert f'BOOK = "{_raw_base()}"' in first, \
+        f"{path.name}: the Colab set-up cell must fetch from {_raw_base()} (tools/set_repository.py fixes it)"
+    assert "genbook.setup(seed=" in first, f"{path.name}: the first code cell must seed everything"
+
+
+def test_last_code_cell_records_the_run_time(notebook):
+    path, nb = notebook
+    last = _code_cells(nb)[-1]
+    assert "genbook.elapsed()" in last.source, f"{path.name}: the last code cell must print genbook.elapsed()"
+    assert "nbval-ignore-output" in last.metadata.get("tags", [])
+
+
+def test_chapter_has_the_house_sections(notebook):
+    path, nb = notebook
+    md = _markdown(nb)
+    assert re.match(r"# \d+\. ", nb.cells[0].source), f"{path.name}: the first cell must be '# N. Title'"
+    for heading in ("## Objectives", "## Prerequisites", "## Summary", "## Exercises"):
+        assert re.search(rf"^{heading}\s*$", md, re.M), f"{path.name}: no '{heading}' section"
+    n_exercises = len(re.findall(r"(?:```|:::)\{exercise(?:-start)?\}", md))
+    n_solutions = len(re.findall(r"(?:```|:::)\{solution(?:-start)?\}", md))
+    assert n_exercises >= 3, f"{path.name}: {n_exercises} exercises, want at least 3"
+    assert n_solutions >= n_exercises, f"{path.name}: {n_solutions} solutions for {n_exercises} exercises"
+    assert md.count(":class: dropdown") >= n_solutions, f"{path.name}: solutions must be dropdowns"
+    assert "{cite}" in md or "{cite:" in md, f"{path.name}: cites nothing from assets/references.bib"
+
+
+def test_every_figure_has_a_caption_and_alt_text(notebook):
+    path, nb = notebook
+    for i, cell in enumerate(_code_cells(nb)):
+        has_image = any("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+        if not has_image:
+            continue
+        meta = cell.metadata.get("mystnb", {})
+        assert meta.get("figure", {}).get("caption"), f"{path.name}: code cell {i + 1} draws a figure with no caption"
+        assert meta.get("image", {}).get("alt"), f"{path.name}: code cell {i + 1} draws a figure with no alt text"
+
+
+def test_ignored_outputs_are_guarded_by_assertions(notebook):
+    """A notebook that hides training-dependent outputs from nbval must assert on them."""
+    path, nb = notebook
+    cells = _code_cells(nb)
+    ignored = [c for c in cells[:-1] if "nbval-ignore-output" in c.metadata.get("tags", [])]
+    if ignored:
+        asserts = sum(len(re.findall(r"^\s*assert\b", c.source, re.M)) for c in cells)
+        assert asserts >= 1, f"{path.name}: {len(ignored)} cells escape nbval but nothing is asserted"
+
+
+def test_setup_files_do_what_the_readme_says():
+    assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == "make test"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--nbval" in makefile and "--nbval-lax" not in makefile
+    assert "jupyter-book build . -W -n --keep-going" in makefile
+    readme = (ROOT / "README.md").read_text()
+    assert "make book" in readme and "make test" in readme
+    assert CONFIG["execute"]["execute_notebooks"] == "off"
+
+
+def test_requirements_are_pinned():
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            assert "==" in line, f"requirements.txt: {line!r} is not pinned"
+    pins = dict(l.split("==") for l in (ROOT / "requirements.txt").read_text().splitlines() if "==" in l and not l.startswith("#"))
+    assert pins["jupyter-book"].startswith("1."), "Jupyter Book must stay on 1.x"
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+
+
+def test_every_cited_key_is_in_the_bibliography():
+    bib = (ROOT / "assets" / "references.bib").read_text()
+    keys = set(re.findall(r"@\w+\{([^,\s]+),", bib))
+    dupes = [k for k in keys if len(re.findall(rf"@\w+\{{{re.escape(k)},", bib)) > 1]
+    assert not dupes, f"duplicate BibTeX keys: {dupes}"
+    sources = [p.read_text() for p in ROOT.glob("*.md")] + [json.dumps(nbformat.read(p, 4).cells) for p in NOTEBOOKS]
+    cited = set()
+    for text in sources:
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", text):
+            cited |= {k.strip() for k in group.split(",")}
+    missing = cited - keys
+    assert not missing, f"cited but not in assets/references.bib: {sorted(missing)}"
+
+
+def test_no_file_in_the_repository_pickles_whole_models():
+    for path in list(CHAPTERS.glob("*.py")) + NOTEBOOKS:
+        text = path.read_text()
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{path.name}: {call} must pass weights_only=True"
