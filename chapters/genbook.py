@@ -165,6 +165,9 @@ def _from_torchvision(root: Path) -> None:
         FashionMNIST(root, train=train, download=True)
 
 
+_CHECKED: dict = {}
+
+
 def ensure_fashion_mnist(root: Path | None = None, apt: bool = False, log=print) -> Path:
     """Make sure the four checked files are in ``root/FashionMNIST/raw``; return ``root``.
 
@@ -174,8 +177,12 @@ def ensure_fashion_mnist(root: Path | None = None, apt: bool = False, log=print)
     """
     root = Path(root or data_root())
     raw = root / "FashionMNIST" / "raw"
+    stamp = tuple((raw / n).stat().st_mtime_ns if (raw / n).exists() else None for n in FASHION_MNIST_SHA256)
+    if _CHECKED.get(raw) == stamp and None not in stamp:
+        return root  # already checked in this process, and untouched since
     problem = check_fashion_mnist(root)
     if problem is None:
+        _CHECKED[raw] = stamp
         return root
     damaged = any((raw / n).exists() for n in FASHION_MNIST_SHA256)
     if damaged:

@@ -18,19 +18,19 @@ ROOT = Path(__file__).resolve().parent.parent
 RAW = re.compile(r"https://raw\.githubusercontent\.com/[\w.-]+/[\w.-]+/[\w./-]+?(?=\")")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], root: Path = ROOT) -> int:
     if not 1 <= len(argv) <= 2 or argv[0].count("/") != 1:
         print(__doc__, file=sys.stderr)
         return 2
     owner_repo, branch = argv[0], (argv[1] if len(argv) == 2 else "main")
-    config = ROOT / "_config.yml"
+    config = root / "_config.yml"
     text = config.read_text()
     text = re.sub(r"(?m)^(  url: )https://github\.com/\S+$", rf"\1https://github.com/{owner_repo}", text)
     text = re.sub(r"(?m)^(  branch: )\S+$", rf"\g<1>{branch}", text)
     config.write_text(text)
     raw = f"https://raw.githubusercontent.com/{owner_repo}/{branch}"
     changed = 0
-    for path in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")) + [ROOT / "CONTRIBUTING.md"]:
+    for path in sorted((root / "chapters").glob("[0-9][0-9]_*.ipynb")) + [root / "CONTRIBUTING.md"]:
         if path.suffix == ".ipynb":
             nb = json.loads(path.read_text())
             for cell in nb["cells"]:
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
                 if new != src:
                     cell["source"] = new.splitlines(keepends=True)
                     changed += 1
-            path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
         else:
             path.write_text(RAW.sub(raw, path.read_text()))
     print(f"Repository set to {owner_repo} on branch {branch}; {changed} notebook cell(s) updated.")
