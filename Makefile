@@ -63,7 +63,7 @@ browser-deps:
 	  || echo "WARNING: Chromium is not installed and could not be: the browser tests will be SKIPPED."
 
 test: book browser-deps
-	$(BIN)/python -m pytest tests chapters --nbval -v -rs --durations=0 --durations-min=30
+	$(BIN)/python -m pytest tests chapters --nbval -rs --durations=15
 
 # The notebooks and structure only, without building the site.
 test-fast: venv data
