@@ -95,7 +95,11 @@ def test_math_is_rendered_by_local_mathjax(visit, path):
     n_math = v.page.locator(".math").count()
     if n_math == 0:
         pytest.skip(f"{path} has no math")
-    v.page.wait_for_selector("mjx-container", timeout=20_000)
+    try:  # MathJax typesets asynchronously; formulas inside closed dropdowns count too
+        v.page.wait_for_function("n => document.querySelectorAll('mjx-container').length >= n",
+                                 arg=n_math, timeout=30_000)
+    except Exception:
+        pass
     rendered = v.page.locator("mjx-container").count()
     assert rendered >= n_math, f"{path}: {n_math} formulas, {rendered} rendered"
     scripts = v.page.eval_on_selector_all("script[src]", "els => els.map(e => e.src)")
