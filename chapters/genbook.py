@@ -83,7 +83,6 @@ def setup(seed: int = 0, style: bool = True):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     threads = os.environ.get("GENBOOK_THREADS")
@@ -354,7 +353,7 @@ def _classifier_net():
 _CLASSIFIER_VERSION = "cnn-v1-e2"
 
 
-def feature_classifier(epochs: int = 2, seed: int = 0, cache: bool = True, verbose: bool = True):
+def feature_classifier(epochs: int = 2, seed: int = 0, cache: bool = True):
     """The book's evaluation classifier for Fashion-MNIST (a small CNN, about 89% test accuracy).
 
     Its 128 penultimate features define the Fréchet distance used to compare every image
