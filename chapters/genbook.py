@@ -395,17 +395,24 @@ def feature_classifier(epochs: int = 2, seed: int = 0, cache: bool = True):
     return net, acc
 
 
-def features(net, images, batch_size: int = 1000):
-    """Penultimate-layer features (N, 128) and predicted classes (N,) for images in [0, 1]."""
+def features(net, images, batch_size: int = 250):
+    """Penultimate-layer features (N, 128) and predicted classes (N,) for images in [0, 1].
+
+    Small batches keep the convolutions' intermediate activations (about 1 MB per image)
+    well inside Binder's 2 GB. The results go straight into arrays allocated up front:
+    collecting small per-batch tensors in a list, between the large short-lived ones,
+    fragments the heap and held on to hundreds of MB after the call.
+    """
     import torch
     body, head = net[:-1], net[-1]
-    feats, preds = [], []
+    feats = torch.empty(len(images), head.in_features, dtype=torch.float64)
+    preds = torch.empty(len(images), dtype=torch.long)
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             f = body(images[i:i + batch_size].float().cpu())
-            feats.append(f)
-            preds.append(head(f).argmax(1))
-    return torch.cat(feats).double().numpy(), torch.cat(preds).numpy()
+            feats[i:i + len(f)] = f
+            preds[i:i + len(f)] = head(f).argmax(1)
+    return feats.numpy(), preds.numpy()
 
 
 def fit_gaussian_stats(feats):

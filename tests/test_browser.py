@@ -186,3 +186,21 @@ def test_the_references_page_lists_the_bibliography(visit):
     v = visit("references.html")
     n = v.page.locator(".citation, dl.citation > dt, div.citation").count()
     assert n >= 5, f"references page lists {n} entries"
+
+
+@pytest.mark.parametrize("path", [p for p in PAGES if p.startswith("chapters/")])
+def test_figures_and_exercises_are_numbered_within_their_chapter(path):
+    """Chapter 7's figures read Fig. 7.1, 7.2, ... in page order, not a count across the book."""
+    import re
+    chapter = int(re.search(r"chapters/(\d+)_", path).group(1))
+    html = (site.HTML / path).read_text(encoding="utf-8")
+    figures = re.findall(r'<span class="caption-number">Fig\. ([\d.]+)', html)
+    assert figures, f"{path} has no numbered figures"
+    assert figures == [f"{chapter}.{i}" for i in range(1, len(figures) + 1)], figures
+    exercises = re.findall(r'<span class="caption-number">Exercise ([\d.]+)', html)
+    refs = re.findall(r'<span class="std std-numref">(?:Fig\.|Exercise) ([\d.]+)', html)
+    assert all(r.startswith(f"{chapter}.") or int(r.split(".")[0]) < chapter for r in refs), refs
+    assert exercises == [f"{chapter}.{i}" for i in range(1, len(exercises) + 1)], exercises
+    # The reference supplies its own word: "Exercise {ref}`ex-...`" would read "Exercise Exercise 7.1".
+    doubled = re.findall(r'(\w+)\s*<a class="reference internal"[^>]*><span class="std std-(?:numref|ref)">(\w+)', html)
+    assert not [d for d in doubled if d[0].lower() == d[1].lower()], doubled

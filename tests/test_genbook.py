@@ -66,3 +66,13 @@ def test_the_evaluation_classifier_is_accurate():
     feats, preds = genbook.features(net, x[:2000])
     assert feats.shape == (2000, 128)
     assert (preds == y[:2000].numpy()).mean() > 0.85
+
+
+def test_features_do_not_depend_on_the_batch_size():
+    net, _ = genbook.feature_classifier()
+    x, _ = genbook.load_fashion_mnist(train=False)
+    feats, preds = genbook.features(net, x[:103], batch_size=250)
+    feats_small, preds_small = genbook.features(net, x[:103], batch_size=10)   # a ragged last batch
+    assert feats.dtype == feats_small.dtype == np.float64
+    np.testing.assert_allclose(feats_small, feats, rtol=1e-5, atol=1e-6)
+    assert (preds_small == preds).all()
