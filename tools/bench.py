@@ -4,7 +4,10 @@
 
 Each notebook runs in a fresh kernel started by a child process, exactly as nbval runs it,
 and nothing is written back. The kernel's peak resident memory is read from the child's
-resource usage once the kernel has exited. The table goes to _build/bench.md and stdout.
+resource usage once the kernel has exited: the total, including the file-backed pages of
+shared libraries, which vary by a few hundred MB with the page cache (`make test` reports
+the kernel's own memory separately; see conftest.py). The table goes to _build/bench.md
+and stdout.
 """
 from __future__ import annotations
 
