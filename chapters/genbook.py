@@ -25,7 +25,9 @@ import numpy as np
 __all__ = [
     "CLASSES", "DataError", "setup", "pick_device", "data_root", "ensure_fashion_mnist",
     "load_fashion_mnist", "set_style", "show_images", "PixelGaussian",
-    "feature_classifier", "features", "frechet_distance", "fit_gaussian_stats",
+    "feature_classifier", "features", "frechet_distance", "fit_gaussian_stats", "glue",
+    "format_value", "mlp", "read_names", "split_names", "names_checksum", "ALPHABET",
+    "encode_names",
 ]
 
 #: Fashion-MNIST's ten classes, in label order.
@@ -112,6 +114,41 @@ def _quiet_progress_bars() -> None:
 def elapsed() -> float:
     """Seconds since :func:`setup` was called: each notebook prints it in its last cell."""
     return time.perf_counter() - _START
+
+
+# ---------------------------------------------------------------- numbers quoted in the text
+
+def _plain_value(value):
+    """A number or string as a plain Python value (NumPy and torch scalars unwrapped)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"glue() records numbers and strings, not {type(value).__name__}")
+
+
+def glue(name: str, value) -> None:
+    """Record a value that the chapter's text quotes, as one line of output: ``name = value``.
+
+    The Markdown writes the number out, between two HTML comments that name it:
+    ``<!--name:.1f-->240.5<!--/-->``. Readers see only ``240.5``; ``tools/prose.py`` rewrites
+    the number from this output after every run (``make execute``), and a test fails if the
+    text and the recorded value ever disagree. Only the book's check cells call this.
+    """
+    from IPython.display import display
+    display({"text/plain": f"{name} = {_plain_value(value)!r}"}, raw=True)
+
+
+def format_value(value, spec: str = "") -> str:
+    """``value`` written out with a format spec, as the text shows it (``.1f``, ``.0%``, ``,``)."""
+    if spec in ("", "md"):
+        return str(value)
+    kind = spec[-1]
+    if kind in "bcdoxX":
+        value = int(value)
+    elif kind in "eEfFgGn%":
+        value = float(value)
+    return format(value, spec)
 
 
 # ---------------------------------------------------------------- data
@@ -228,6 +265,67 @@ def load_fashion_mnist(train: bool = True, root: Path | None = None):
     ds = FashionMNIST(root, train=train, download=True)
     x = ds.data.unsqueeze(1).float().div_(255.0)
     return x, ds.targets.clone()
+
+
+# ---------------------------------------------------------------- text data: Census names
+
+#: The 1990 U.S. Census name lists, as the PyPI package ``names`` ships them (public domain).
+NAME_FILES = ("dist.all.last", "dist.female.first", "dist.male.first")
+
+
+def read_names():
+    """Every name of the three Census lists, lower-case, each once, sorted; and lines per file.
+
+    Each line of a list reads ``NAME FREQUENCY CUMULATIVE-FREQUENCY RANK``; only the name is
+    kept. Chapters 3 and 8 train on these names.
+    """
+    import names  # the PyPI package that ships the lists; nothing is downloaded
+    folder = Path(names.__file__).parent
+    words, lines = set(), {}
+    for file in NAME_FILES:
+        rows = (folder / file).read_text().splitlines()
+        lines[file] = len(rows)
+        words.update(row.split()[0].lower() for row in rows)
+    return sorted(words), lines
+
+
+def split_names(words, seed: int = 0):
+    """Shuffle with a fixed seed, then cut 80/10/10 into training, validation and test lists."""
+    words = list(words)
+    random.Random(seed).shuffle(words)
+    a, b = int(0.8 * len(words)), int(0.9 * len(words))
+    return words[:a], words[a:b], words[b:]
+
+
+#: The symbols of the book's name models: "." (symbol 0) marks the end of a name (and its
+#: start, where a model needs one), then the letters a..z (symbols 1..26).
+ALPHABET = "." + "abcdefghijklmnopqrstuvwxyz"
+
+
+def encode_names(words, max_len: int):
+    """Names as a (n, max_len + 1) integer array: letters 1..26, the end symbol 0, then -1 padding."""
+    x = np.full((len(words), max_len + 1), -1, dtype=np.int64)
+    for i, w in enumerate(words):
+        x[i, :len(w)] = [ALPHABET.index(c) for c in w]
+        x[i, len(w)] = 0
+    return x
+
+
+def names_checksum(words) -> str:
+    """The first 16 hex digits of the SHA-256 of the sorted names: two chapters, one split."""
+    return hashlib.sha256("\n".join(sorted(words)).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- networks
+
+def mlp(sizes):
+    """A multilayer perceptron: ``nn.Linear`` layers of the given sizes, ReLU between them
+    (none after the last), e.g. ``mlp([784, 512, 32])``."""
+    import torch.nn as nn
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
 
 
 # ---------------------------------------------------------------- plots

@@ -23,9 +23,13 @@ def test_set_repository_rewrites_every_place_that_names_the_repository(tmp_path)
     config = yaml.safe_load((tmp_path / "_config.yml").read_text())
     assert config["repository"]["url"] == "https://github.com/someone/fork-of-book"
     assert config["repository"]["branch"] == "draft"
+    assert config["html"]["baseurl"] == "https://someone.github.io/fork-of-book/"
     raw = "https://raw.githubusercontent.com/someone/fork-of-book/draft"
     assert f'BOOK = "{raw}"' in (tmp_path / "chapters" / first.name).read_text().replace('\\"', '"')
     assert raw in (tmp_path / "CONTRIBUTING.md").read_text()
+    notebook = (tmp_path / "chapters" / first.name).read_text()
+    assert "https://someone.github.io/fork-of-book/references.html#" in notebook
+    assert "genmodels-book.github.io" not in notebook
     # everything else in the notebook is untouched
     before = (ROOT / "chapters" / first.name).read_text()
     after = (tmp_path / "chapters" / first.name).read_text()

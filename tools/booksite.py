@@ -1,14 +1,16 @@
-"""Serve the built site on localhost and drive it with Debian's Chromium through Playwright.
+"""Serve the built site on localhost and drive it with Chromium through Playwright.
 
 Shared by the browser tests (tests/test_browser.py) and `make screenshots`.
-Playwright cannot download its own browser here, so it launches /usr/bin/chromium with the
-flags that keep Chromium from calling home on a machine with no network.
+On an offline machine Playwright cannot download its own browser, so it launches Debian's
+/usr/bin/chromium (see chromium_path() for the order it looks in) with the flags that keep
+Chromium from calling home on a machine with no network.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import http.server
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -25,11 +27,27 @@ CHROMIUM_FLAGS = [
 
 
 def chromium_path() -> str | None:
-    for name in ("chromium", "chromium-browser"):
+    """The Chromium (or Chrome) to drive: $BOOK_CHROMIUM, else Debian's chromium, chromium-browser,
+    Google Chrome, else the browser that `python -m playwright install chromium` downloaded."""
+    explicit = os.environ.get("BOOK_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).is_file() else shutil.which(explicit)
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         found = shutil.which(name)
         if found:
             return found
-    return None
+    return _playwright_chromium()
+
+
+@functools.cache
+def _playwright_chromium() -> str | None:
+    try:
+        from playwright.sync_api import sync_playwright
+        with sync_playwright() as p:
+            path = p.chromium.executable_path
+    except Exception:  # playwright missing, or its driver cannot start
+        return None
+    return path if path and Path(path).is_file() else None
 
 
 def pages_in_order() -> list[str]:
@@ -76,7 +94,8 @@ def browser():
     from playwright.sync_api import sync_playwright
     path = chromium_path()
     if path is None:
-        raise RuntimeError("Chromium is not installed (apt-get install chromium)")
+        raise RuntimeError("Chromium is not installed (apt-get install chromium, or "
+                           "python -m playwright install chromium, or set BOOK_CHROMIUM)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_FLAGS)
         try:

@@ -39,7 +39,8 @@ def to_script(nb_path: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    notebooks = [Path(a) for a in argv] or sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = [Path(a) for a in argv] or (sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+                                            + sorted((ROOT / "chapters").glob("[A-Z]_*.ipynb")))
     stub = Path(tempfile.mkdtemp())
     try:
         import myst_nb  # noqa: F401

@@ -4,6 +4,8 @@
 
 Runs each notebook from its own folder with progress bars off (TQDM_DISABLE=1) and the
 thread count the tests use (GENBOOK_THREADS, default 2), and prints how long it took.
+Then it writes the numbers that the Markdown quotes from the values the run recorded
+(`tools/prose.py sync`), so that the text always shows this run's numbers.
 `make execute` calls this for every chapter; the committed outputs come from it.
 """
 from __future__ import annotations
@@ -15,6 +17,9 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import prose  # noqa: E402
 
 
 def execute(path: Path, timeout: int = 1800) -> float:
@@ -41,7 +46,8 @@ def main(argv: list[str]) -> int:
         return 2
     for name in argv:
         seconds = execute(Path(name))
-        print(f"{name}: executed in {seconds:.1f} s", flush=True)
+        changes = prose.sync(Path(name))
+        print(f"{name}: executed in {seconds:.1f} s; {changes} quoted number(s) or caption(s) rewritten", flush=True)
     return 0
 
 

@@ -16,7 +16,7 @@ reader's console. This drops the exact duplicates from each page's script list.
 """
 import re
 
-_CHAPTER = re.compile(r"chapters/(\d+)_")
+_CHAPTER = re.compile(r"chapters/(\d+|[A-Z])_")  # chapters 1, 2, ... and appendices A, B, ...
 
 
 def _number_per_chapter(app, env):
@@ -24,7 +24,7 @@ def _number_per_chapter(app, env):
         match = _CHAPTER.match(docname)
         if not match:
             continue
-        chapter = int(match.group(1))
+        chapter = int(match.group(1)) if match.group(1).isdigit() else match.group(1)
         for numbers in by_type.values():
             for position, target in enumerate(sorted(numbers, key=numbers.get), start=1):
                 numbers[target] = (chapter, position)
