@@ -196,15 +196,15 @@ def test_figures_and_exercises_are_numbered_within_their_chapter(path):
     prefix = re.search(r"chapters/(\d+|[A-Z])_", path).group(1)
     chapter = int(prefix) if prefix.isdigit() else prefix  # chapters 1, 2, ...; appendix A
     html = (site.HTML / path).read_text(encoding="utf-8")
-    captions = re.findall(r'<figure[^>]*id="([\w-]+)"[^>]*>.*?<span class="caption-number">Figure ([\d.]+)',
+    captions = re.findall(r'<figure[^>]*id="([\w-]+)"[^>]*>.*?<span class="caption-number">Figure ([\dA-Z]+\.\d+)',
                           html, re.S)
     assert captions, f"{path} has no numbered figures"
     numbers = [n for _, n in captions]
     assert numbers == [f"{chapter}.{i}" for i in range(1, len(numbers) + 1)], numbers
     by_id = dict(captions)
-    for target, text in re.findall(r'<a class="reference internal" href="#(fig-[\w-]+)"[^>]*>(?:<span[^>]*>)?Figure ([\d.]+)', html):
+    for target, text in re.findall(r'<a class="reference internal" href="#(fig-[\w-]+)"[^>]*>(?:<span[^>]*>)?Figure ([\dA-Z]+\.\d+)', html):
         assert by_id.get(target) == text, f"{path}: a link reads Figure {text} but {target} is Figure {by_id.get(target)}"
-    exercises = re.findall(r"<h3>Exercise ([\d.]+)", html)
+    exercises = re.findall(r"<h3>Exercise ([\dA-Z]+\.\d+)", html)
     assert exercises == [f"{chapter}.{i}" for i in range(1, len(exercises) + 1)], exercises
     text = re.sub(r"<[^>]+>", "", html)
     assert not re.search(r"\b(Exercise|Figure) \1\b", text), "a reference reads 'Exercise Exercise'"
