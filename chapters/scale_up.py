@@ -135,11 +135,15 @@ def amp_settings(device, amp):
     """The autocast dtype (None: full precision) and whether a GradScaler is needed."""
     if amp == "auto":
         if device.type == "cuda":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            # Native bfloat16 needs compute capability 8.0 (A100 and later); older GPUs only
+            # emulate it, slowly, so they get float16 with a scaler.
+            amp = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         else:
             amp = "off"  # bf16 autocast on a CPU is possible (--amp bf16) but rarely faster
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs CUDA (float16 gradients need a GradScaler); try --amp bf16")
+        # A design choice of this script, not a limit of PyTorch: on a CPU, float16 is slow and
+        # bfloat16 needs no scaler.
+        raise ValueError("--amp fp16 is for CUDA in this script; on a CPU try --amp bf16")
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     # float16 has a narrow range: small gradients underflow to zero unless the loss is scaled
     # up before backward() and the gradients scaled down before the step. bfloat16 has
@@ -148,6 +152,11 @@ def amp_settings(device, amp):
 
 
 # ---------------------------------------------------------------- processes
+
+def log_all(message):
+    """Print from any rank (train() logs from rank 0 only)."""
+    print(message, flush=True)
+
 
 def start_processes(device_name):
     """Rank, world size and device of this process; joins the process group under torchrun."""
@@ -159,8 +168,9 @@ def start_processes(device_name):
         device = torch.device("cuda", local_rank)  # one GPU per process
         torch.cuda.set_device(device)
     if world > 1:
-        if device.type == "mps":
-            raise RuntimeError("several processes need CUDA (NCCL) or the CPU (gloo), not MPS")
+        if device.type == "mps":  # no process-group backend for MPS: several processes share the CPU
+            log_all(f"rank {rank}: MPS cannot join a process group; using the CPU (gloo) instead")
+            device = torch.device("cpu")
         # NCCL talks GPU to GPU; gloo works on CPU tensors. MASTER_ADDR and MASTER_PORT,
         # which say where to meet, come from torchrun through the environment.
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
@@ -189,8 +199,9 @@ def load_checkpoint(path, model, opt, scaler, args, device):
     if (state["seed"], state["global_batch_size"]) != (args.seed, args.global_batch_size):
         raise ValueError("the checkpoint was made with another seed or global batch size")
     model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
+    opt.load_state_dict(state["optimizer"])  # Adam's state, and the learning rate it was at
+    if state["scaler"] and scaler.is_enabled():  # empty when the run that saved it had no scaler
+        scaler.load_state_dict(state["scaler"])
     return state["step"]
 
 
@@ -288,6 +299,7 @@ def train(args):
                "final_loss": history[-1][1] if history else None}
     if args.checkpoint_dir:
         if args.save_rank_weights:  # for the tests: does every rank hold the same weights?
+            Path(args.checkpoint_dir).mkdir(parents=True, exist_ok=True)  # rank 0 may not have yet
             torch.save(model.state_dict(), Path(args.checkpoint_dir) / f"weights-rank{rank}.pt")
         if rank == 0:
             (Path(args.checkpoint_dir) / "summary.json").write_text(json.dumps(summary))
