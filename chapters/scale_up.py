@@ -259,7 +259,7 @@ def train(args):
         sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
         # Resuming in the middle of an epoch: skip the batches that were already trained on.
         for idx in itertools.islice(batches, skip, None):
-            xb = x[idx].to(device, non_blocking=True)
+            xb = x[idx].to(device)
             eps = step_noise(args.seed, step, args.global_batch_size)[rank::world].to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 logits, mu, logvar = net(xb, eps)
