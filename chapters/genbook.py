@@ -27,7 +27,9 @@ __all__ = [
     "load_fashion_mnist", "set_style", "show_images", "PixelGaussian",
     "feature_classifier", "features", "frechet_distance", "fit_gaussian_stats", "glue",
     "format_value", "mlp", "read_names", "split_names", "names_checksum", "ALPHABET",
-    "encode_names",
+    "encode_names", "MLPVAE", "book_scale", "frechet_to_test", "frechet_distance_to_stats",
+    "balanced_labels", "N_EVAL", "RING_K", "RING_RADIUS", "RING_STD", "ring_centres", "sample_ring",
+    "mode_report",
 ]
 
 #: Fashion-MNIST's ten classes, in label order.
@@ -90,6 +92,11 @@ def setup(seed: int = 0, style: bool = True):
     threads = os.environ.get("GENBOOK_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
+        try:    # NumPy's and scikit-learn's BLAS too: oversubscribed, its EM ran 30 times slower
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(int(threads))
+        except ImportError:
+            pass
     _quiet_progress_bars()
     if style:
         set_style()
@@ -316,6 +323,37 @@ def names_checksum(words) -> str:
     return hashlib.sha256("\n".join(sorted(words)).encode()).hexdigest()[:16]
 
 
+# ---------------------------------------------------------------- the ring of Gaussians (chapters 6 and 9)
+
+RING_K, RING_RADIUS, RING_STD = 8, 2.0, 0.05   # eight modes of standard deviation 0.05 on a circle of radius 2
+
+
+def ring_centres():
+    """The ring's eight centres, shape (8, 2)."""
+    import torch
+    angles = 2 * np.pi * torch.arange(RING_K) / RING_K
+    return RING_RADIUS * torch.stack([angles.cos(), angles.sin()], 1)
+
+
+def sample_ring(n: int, gen):
+    """n points of the ring: a centre chosen uniformly at random, plus N(0, RING_STD^2 I) noise."""
+    import torch
+    k = torch.randint(0, RING_K, (n,), generator=gen)
+    return ring_centres()[k] + RING_STD * torch.randn(n, 2, generator=gen)
+
+
+def mode_report(x, min_share: float = 0.04):
+    """Chapter 6's count of modes for points x (N, 2): (modes covered, share of high-quality
+    samples, high-quality samples per mode). A sample is of high quality within 3 standard
+    deviations of its nearest centre; a mode is covered when it gets at least ``min_share``
+    of all samples as high-quality ones."""
+    import torch
+    dist, nearest = torch.cdist(x.float().cpu(), ring_centres()).min(1)
+    good = dist < 3 * RING_STD
+    counts = torch.bincount(nearest[good], minlength=RING_K)
+    return int((counts >= min_share * len(x)).sum()), float(good.float().mean()), counts
+
+
 # ---------------------------------------------------------------- networks
 
 def mlp(sizes):
@@ -326,6 +364,33 @@ def mlp(sizes):
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers[:-1])
+
+
+def MLPVAE(z_dim: int = 32, hidden=(512, 256)):
+    """Chapter 4's VAE, for the chapters that build on it: an MLP encoder from 784 pixels to
+    the mean and log-variance of a Gaussian over ``z_dim`` codes (``encode``), an MLP decoder
+    from a code to 784 Bernoulli logits (``decoder``), and ``forward`` with the
+    reparameterisation trick, returning (logits, mu, logvar). Chapter 4 derives it."""
+    import torch
+    import torch.nn as nn
+
+    class VAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.z_dim = z_dim
+            self.encoder = mlp([784, *hidden, 2 * z_dim])
+            self.decoder = mlp([z_dim, *hidden[::-1], 784])
+
+        def encode(self, x):
+            mu, logvar = self.encoder(x).chunk(2, dim=-1)
+            return mu, logvar
+
+        def forward(self, x):
+            mu, logvar = self.encode(x)
+            z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+            return self.decoder(z), mu, logvar
+
+    return VAE()
 
 
 # ---------------------------------------------------------------- plots
@@ -448,7 +513,11 @@ def _classifier_net():
     )
 
 
-_CLASSIFIER_VERSION = "cnn-v1-e2"
+_CLASSIFIER_VERSION = "cnn-v2-e2-deterministic"
+
+
+def _file_digest(path: Path) -> str:
+    return _sha256(path)[:12]
 
 
 def feature_classifier(epochs: int = 2, seed: int = 0, cache: bool = True):
@@ -458,39 +527,60 @@ def feature_classifier(epochs: int = 2, seed: int = 0, cache: bool = True):
     model of the book on one scale; its predictions count which classes samples fall in.
     It is trained here on the CPU, never downloaded, and kept in ``data/`` as a state dict
     (loaded with ``weights_only=True``) so that later chapters reuse the same network.
+
+    Training is deterministic: its own seeded random-number generators (the caller's are
+    left as they were), one CPU thread and PyTorch's deterministic algorithms, so two runs
+    on one machine give the same weights bit for bit (``tests/test_genbook.py`` checks).
     Returns the network in eval mode on the CPU, and its test accuracy.
     """
     import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
     path = data_root() / f"feature-classifier-{_CLASSIFIER_VERSION}-s{seed}.pt"
-    net = _classifier_net()
     if cache and path.exists():
+        net = _classifier_net()
         saved = torch.load(path, weights_only=True)
         net.load_state_dict(saved["state_dict"])
         net.eval()
         return net, float(saved["test_accuracy"])
-    x, y = load_fashion_mnist(train=True)
-    xt, yt = load_fashion_mnist(train=False)
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for epoch in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for i in tqdm(range(0, len(x), 128), desc=f"classifier epoch {epoch + 1}", leave=False):
-            idx = perm[i:i + 128]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    net.eval()
-    with torch.no_grad():
-        acc = float(torch.cat([net(xt[i:i + 1000]).argmax(1) for i in range(0, len(xt), 1000)]).eq(yt).float().mean())
+    net, acc = _train_classifier(epochs, seed)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"state_dict": net.state_dict(), "test_accuracy": acc}, path)
     return net, acc
+
+
+def _train_classifier(epochs: int, seed: int):
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+    x, y = load_fashion_mnist(train=True)
+    xt, yt = load_fashion_mnist(train=False)
+    threads = torch.get_num_threads()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):      # the caller's random stream is untouched
+            torch.manual_seed(seed)                  # initial weights and dropout masks
+            g = torch.Generator().manual_seed(seed)  # the order of the examples
+            net = _classifier_net()
+            net.train()
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+            for epoch in range(epochs):
+                perm = torch.randperm(len(x), generator=g)
+                for i in tqdm(range(0, len(x), 128), desc=f"classifier epoch {epoch + 1}", leave=False):
+                    idx = perm[i:i + 128]
+                    loss = F.cross_entropy(net(x[idx]), y[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        net.eval()
+        with torch.no_grad():
+            correct = sum(int((net(xt[i:i + 1000]).argmax(1) == yt[i:i + 1000]).sum())
+                          for i in range(0, len(xt), 1000))
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was_deterministic)
+    return net, correct / len(xt)
 
 
 def features(net, images, batch_size: int = 250):
@@ -525,13 +615,91 @@ def frechet_distance(a, b) -> float:
     d^2 = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), computed with
     symmetric eigendecompositions, which stay real and stable.
     """
-    mu_a, s_a = fit_gaussian_stats(a)
     mu_b, s_b = fit_gaussian_stats(b)
+    return frechet_distance_to_stats(a, mu_b, s_b)
+
+
+def frechet_distance_to_stats(a, mu_b, s_b) -> float:
+    """Fréchet distance between the Gaussian fitted to features ``a`` and N(mu_b, s_b)."""
+    mu_a, s_a = fit_gaussian_stats(a)
     w, v = np.linalg.eigh(s_a)
     root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     inner = np.linalg.eigvalsh(root_a @ s_b @ root_a)
     trace_sqrt = np.sqrt(np.clip(inner, 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_sqrt)
+
+
+# ---------------------------------------------------------------- the book's scale, once
+
+_SCALE_VERSION = "scale-v1"
+N_EVAL = 10_000          # images per Fréchet distance on the book's scale
+_FLOOR_DRAWS = 6         # disjoint sets of 10,000 training images: all 60,000
+_BASELINE_DRAWS = 5      # fresh sets of 10,000 samples from the per-class pixel Gaussian
+
+
+def balanced_labels(n: int = N_EVAL):
+    """Labels 0, 0, ..., 1, 1, ..., 9: n // 10 of each class, as in the test set."""
+    import torch
+    return torch.arange(10).repeat_interleave(n // 10)
+
+
+class Scale(dict):
+    """The book's sample-quality scale (a dict with attribute access), see ``book_scale``."""
+    __getattr__ = dict.__getitem__
+
+
+def book_scale(cache: bool = True) -> Scale:
+    """The book's sample-quality scale, computed once and shared by every chapter.
+
+    The Fréchet distance of a set of images is measured in the features of the evaluation
+    classifier against the 10,000 real test images. This returns, for that classifier:
+
+    - ``test_mean``, ``test_cov``: the test set's feature statistics;
+    - ``floor``, ``floor_draws``: the distance of 10,000 real *training* images, for each of
+      the six disjoint sets of 10,000 (what a perfect model would score: not zero, since a
+      finite sample never matches exactly), and their mean;
+    - ``baseline``, ``baseline_draws``: the same for five fresh draws of 10,000 samples from
+      the per-class pixel Gaussian of chapter 2 (1,000 per class), the book's baseline;
+    - ``accuracy``: the classifier's test accuracy; ``classifier``: its file's digest.
+
+    It is computed in about a minute and kept in ``data/`` next to the classifier, keyed by
+    the classifier's digest and a version, so every chapter quotes the same numbers.
+    """
+    import torch
+    net, acc = feature_classifier()
+    path = data_root() / f"feature-classifier-{_CLASSIFIER_VERSION}-s0.pt"
+    digest = _file_digest(path) if path.exists() else "uncached"
+    out = data_root() / f"book-scale-{_SCALE_VERSION}-{digest}.npz"
+    if cache and out.exists():
+        with np.load(out) as saved:
+            return Scale({k: (saved[k] if saved[k].ndim else saved[k].item()) for k in saved.files})
+    x_test, _ = load_fashion_mnist(train=False)
+    test_feats, _ = features(net, x_test)
+    x_train, y_train = load_fashion_mnist(train=True)
+    floors = [frechet_distance(features(net, x_train[i * N_EVAL:(i + 1) * N_EVAL])[0], test_feats)
+              for i in range(_FLOOR_DRAWS)]
+    gauss = PixelGaussian().fit(x_train, y_train)
+    baselines = []
+    for draw in range(_BASELINE_DRAWS):
+        g = torch.Generator().manual_seed(draw)
+        images, _ = gauss.sample(N_EVAL, y=balanced_labels(), generator=g)
+        baselines.append(frechet_distance(features(net, images)[0], test_feats))
+    mean, cov = fit_gaussian_stats(test_feats)
+    scale = Scale(test_mean=mean, test_cov=cov, floor=float(np.mean(floors)), floor_draws=np.array(floors),
+                  baseline=float(np.mean(baselines)), baseline_draws=np.array(baselines),
+                  accuracy=acc, classifier=digest)
+    if cache and digest != "uncached":
+        np.savez(out, **scale)
+    return scale
+
+
+def frechet_to_test(images, net=None):
+    """Fréchet distance of images in [0, 1], shape (N, 1, 28, 28), to the test set on the
+    book's scale, and the classes the evaluation classifier predicts for them."""
+    scale = book_scale()
+    net = net if net is not None else feature_classifier()[0]
+    feats, preds = features(net, images.reshape(-1, 1, 28, 28).cpu())
+    return frechet_distance_to_stats(feats, scale.test_mean, scale.test_cov), preds
 
 
 # ---------------------------------------------------------------- command line
@@ -551,8 +719,9 @@ def main(argv=None) -> int:
         if threads:
             import torch
             torch.set_num_threads(int(threads))
-        _, acc = feature_classifier()
-        print(f"Evaluation classifier ready in {data_root()} (test accuracy {acc:.4f})")
+        scale = book_scale()
+        print(f"Evaluation classifier and the book's scale ready in {data_root()} (test accuracy "
+              f"{scale.accuracy:.4f}, floor {scale.floor:.2f}, baseline {scale.baseline:.2f})")
         return 0
     print("usage: python chapters/genbook.py data|classifier", file=sys.stderr)
     return 2

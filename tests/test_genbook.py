@@ -76,3 +76,50 @@ def test_features_do_not_depend_on_the_batch_size():
     assert feats.dtype == feats_small.dtype == np.float64
     np.testing.assert_allclose(feats_small, feats, rtol=1e-5, atol=1e-6)
     assert (preds_small == preds).all()
+
+
+def test_the_evaluation_classifier_trains_bit_for_bit_the_same():
+    """Issue 15: the scale is one network. Training it again (in this process, with other
+    thread settings and another random state than `make data` had) gives the weights kept
+    in data/ exactly, and leaves the caller's random stream and thread count alone."""
+    saved, _ = genbook.feature_classifier()
+    torch.set_num_threads(2)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    again, _ = genbook.feature_classifier(cache=False)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert torch.get_num_threads() == 2
+    assert not torch.are_deterministic_algorithms_enabled()
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[name]), name
+
+
+def test_the_scale_is_computed_once_and_shared():
+    scale = genbook.book_scale()
+    assert genbook.book_scale().floor == scale.floor
+    assert len(scale.floor_draws) == 6 and len(scale.baseline_draws) == 5
+    # A perfect model's 10,000 samples score the floor: small, but not zero.
+    assert 0.05 < scale.floor < 2 and scale.floor == pytest.approx(np.mean(scale.floor_draws))
+    # The baseline is far above the floor, and its draws agree with each other.
+    assert scale.baseline > 10 * scale.floor
+    assert np.std(scale.baseline_draws) < 0.05 * scale.baseline
+    # frechet_to_test uses the cached test statistics: the test set against itself is 0.
+    x_test, _ = genbook.load_fashion_mnist(train=False)
+    fd, preds = genbook.frechet_to_test(x_test)
+    assert fd == pytest.approx(0.0, abs=1e-3)
+    assert len(preds) == len(x_test)
+
+
+def test_the_ring_and_its_mode_count():
+    """Chapters 6 and 9 count modes the same way: real ring data cover all eight with about
+    99% of points within 3 standard deviations (chi-squared with 2 degrees of freedom), and
+    points from a single mode cover one."""
+    gen = torch.Generator().manual_seed(0)
+    x = genbook.sample_ring(20_000, gen)
+    modes, quality, counts = genbook.mode_report(x)
+    assert x.shape == (20_000, 2) and modes == 8 and int(counts.sum()) == round(quality * len(x))
+    assert quality == pytest.approx(1 - np.exp(-4.5), abs=0.005)
+    one = genbook.ring_centres()[3] + genbook.RING_STD * torch.randn(2500, 2, generator=gen)
+    assert genbook.mode_report(one)[0] == 1
+    assert torch.linalg.norm(genbook.ring_centres(), dim=1).allclose(torch.tensor(genbook.RING_RADIUS))

@@ -41,3 +41,18 @@ def test_device_check_turns_a_notebook_into_a_runnable_script():
     script = device_check.to_script(first)
     compile(script, first.name, "exec")
     assert "genbook.setup(seed=0)" in script
+
+
+def test_prose_check_finds_control_characters(tmp_path):
+    """'\\bar' typed into a Python string becomes a backspace and 'ar': the check must see it."""
+    import nbformat
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import prose
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 9. Title\n\nThe mean $\\sqrt{\bar\\alpha_t}$.")]
+    path = tmp_path / "09_example.ipynb"
+    nbformat.write(nb, path)
+    assert any("control characters ['0x8']" in problem for problem in prose.problems(path))
+    nb.cells[0].source = "# 9. Title\n\nThe mean $\\sqrt{\\bar\\alpha_t}$."
+    nbformat.write(nb, path)
+    assert not any("control characters" in problem for problem in prose.problems(path))

@@ -194,6 +194,11 @@ def problems(path: Path) -> list[str]:
         # breaks there and the line is not Markdown any more. Only a block's own markers may.
         if re.match(r"^\s{0,3}<!--(?!/-->\s*$)(?![A-Za-z_]\w*:md-->\s*$)", line):
             found.append(f"a line opens with a quoted number, which breaks the paragraph: {line[:60]!r}")
+    for cell in nb.cells:
+        bad = sorted({hex(ord(ch)) for ch in cell.source if ord(ch) < 0x20 and ch != "\n"})
+        if bad:
+            # A tab or a control character, e.g. "\b" from "\bar" typed in a Python string.
+            found.append(f"a {cell.cell_type} cell holds control characters {bad}: {cell.source[:60]!r}")
     if "<!--" in MARKER.sub("", text):
         found.append("an HTML comment that is not a quoted number (<!--key:spec-->value<!--/-->)")
     for match in FIGURE_REF.finditer(text):
