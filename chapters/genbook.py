@@ -393,6 +393,41 @@ def MLPVAE(z_dim: int = 32, hidden=(512, 256)):
     return VAE()
 
 
+def save_model(name: str, model, config: dict, seconds: float) -> None:
+    """Keep a trained model's weights in the book's data folder for a later chapter.
+
+    ``config`` records what the weights are (sizes, epochs); :func:`load_model` hands them
+    back only to a caller that asks for the same config. The folder is not part of the
+    repository: a chapter that loads a model must be able to train it itself.
+    """
+    import torch
+    path = data_root() / f"model-{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"config": dict(config), "seconds": float(seconds), "weights": weights}, path)
+
+
+def load_model(name: str, model, config: dict):
+    """Load weights that :func:`save_model` kept into ``model``; return the seconds they took
+    to train, or None (and leave ``model`` untouched) when there is no such file, it was
+    saved with another config, or it does not fit the model."""
+    import torch
+    path = data_root() / f"model-{name}.pt"
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        weights, own = saved["weights"], model.state_dict()
+        if saved["config"] != dict(config) or set(weights) != set(own):
+            return None
+        if any(weights[k].shape != own[k].shape for k in own):
+            return None
+    except Exception:                                   # unreadable or not a saved model
+        return None
+    model.load_state_dict(weights)
+    return float(saved["seconds"])
+
+
 # ---------------------------------------------------------------- plots
 
 def _style_file() -> Path | None:

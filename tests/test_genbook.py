@@ -123,3 +123,25 @@ def test_the_ring_and_its_mode_count():
     one = genbook.ring_centres()[3] + genbook.RING_STD * torch.randn(2500, 2, generator=gen)
     assert genbook.mode_report(one)[0] == 1
     assert torch.linalg.norm(genbook.ring_centres(), dim=1).allclose(torch.tensor(genbook.RING_RADIUS))
+
+
+def test_a_saved_model_loads_only_into_the_same_config(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENBOOK_DATA", str(tmp_path))
+    torch.manual_seed(0)
+    trained = genbook.MLPVAE(4, (8,))
+    config = {"z_dim": 4, "hidden": [8], "epochs": 1}
+    assert genbook.load_model("vae", genbook.MLPVAE(4, (8,)), config) is None       # nothing saved yet
+    genbook.save_model("vae", trained, config, seconds=12.5)
+    fresh = genbook.MLPVAE(4, (8,))
+    assert genbook.load_model("vae", fresh, config) == 12.5
+    for a, b in zip(fresh.state_dict().values(), trained.state_dict().values()):
+        assert torch.equal(a, b)
+    # Another config, or a network of other sizes, is refused and left as it was.
+    assert genbook.load_model("vae", genbook.MLPVAE(4, (8,)), {**config, "epochs": 2}) is None
+    other = genbook.MLPVAE(4, (16,))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    assert genbook.load_model("vae", other, config) is None
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    # A corrupt file is refused too.
+    (tmp_path / "model-vae.pt").write_bytes(b"not a model")
+    assert genbook.load_model("vae", genbook.MLPVAE(4, (8,)), config) is None

@@ -225,3 +225,13 @@ def test_no_file_in_the_repository_pickles_whole_models():
         text = path.read_text()
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, f"{path.name}: {call} must pass weights_only=True"
+
+
+def test_chapter_9_says_rightly_that_the_dcgan_scores_lower():
+    """Chapter 9 says, without a number, that chapter 7's DCGAN scores far lower on the book's
+    scale than guided latent diffusion; the committed outputs of the two chapters must agree,
+    by more than three standard deviations of the draws of each."""
+    ch7 = prose.glued_values(nbformat.read(ROOT / "chapters" / "07_dcgan_fashion_mnist.ipynb", as_version=4))
+    ch9 = prose.glued_values(nbformat.read(ROOT / "chapters" / "09_diffusion_models.ipynb", as_version=4))
+    gap = ch9["fd_ld"] - ch7["ch7_fd_gan"]
+    assert gap > 3 * (ch9["fd_ld_sd"] + ch7["ch7_fd_gan_sd"]), (ch9["fd_ld"], ch7["ch7_fd_gan"])
