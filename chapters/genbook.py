@@ -27,7 +27,7 @@ __all__ = [
     "load_fashion_mnist", "set_style", "show_images", "PixelGaussian",
     "feature_classifier", "features", "frechet_distance", "fit_gaussian_stats", "glue",
     "format_value", "mlp", "read_names", "split_names", "names_checksum", "ALPHABET",
-    "encode_names", "MLPVAE", "book_scale", "frechet_to_test", "frechet_distance_to_stats",
+    "encode_names", "KneserNey", "MLPVAE", "book_scale", "frechet_to_test", "frechet_distance_to_stats",
     "balanced_labels", "N_EVAL", "RING_K", "RING_RADIUS", "RING_STD", "ring_centres", "sample_ring",
     "mode_report",
 ]
@@ -321,6 +321,113 @@ def encode_names(words, max_len: int):
 def names_checksum(words) -> str:
     """The first 16 hex digits of the SHA-256 of the sorted names: two chapters, one split."""
     return hashlib.sha256("\n".join(sorted(words)).encode()).hexdigest()[:16]
+
+
+class KneserNey:
+    """Interpolated Kneser-Ney character n-gram over genbook.ALPHABET (symbol 0 '.' = start/end).
+
+    ``KneserNey(x, order, discount)`` fits a chain that predicts each symbol from the previous
+    ``order`` symbols ([Chen and Goodman, 1999], interpolated form, one discount for every
+    order). ``x`` holds encoded names as from :func:`encode_names` (letters 1..26, the end
+    symbol 0, then -1 padding); each name is preceded by ``order`` start symbols (0), as in
+    chapter 3. For a context ``h`` of ``m`` symbols, with ``h'`` the same context without its
+    oldest symbol,
+
+        p_m(w | h) = max(a(h, w) - D, 0) / a(h)  +  D * t(h) / a(h) * p_{m-1}(w | h'),
+
+    where ``a(h, w)`` is the count of ``h`` followed by ``w`` at the top order
+    (``m == order``) and the *continuation count* at the lower orders (the number of
+    different symbols seen just before ``h w``), ``a(h) = sum_w a(h, w)``, ``t(h)`` is the
+    number of symbols ``w`` with ``a(h, w) > 0``, and ``p_{-1}`` is uniform over the 27
+    symbols. A context with ``a(h) = 0`` (never seen) passes ``p_{m-1}`` on unchanged. With
+    ``0 < D <= 1`` every row is positive and sums to 1; with ``D = 0`` the top order is the
+    maximum-likelihood (counting) estimate wherever its context was seen.
+
+    The counts do not depend on the discount, which ``prob``, ``probs`` and ``nll`` read from
+    ``self.discount``: set that attribute to try another discount without fitting again.
+    """
+
+    def __init__(self, x, order: int, discount: float = 0.75):
+        if not 0 <= discount <= 1:
+            raise ValueError(f"the discount must lie in [0, 1], got {discount}")
+        self.order, self.discount = int(order), float(discount)
+        self.size = len(ALPHABET)
+        contexts, targets = self.contexts_and_targets(x, self.order)
+        grams = np.concatenate([contexts, targets[:, None]], axis=1)  # (positions, order + 1)
+        # self.levels[m]: the counts for contexts of m symbols, one row per context seen
+        self.levels = []
+        for m in range(self.order + 1):
+            # one integer per pair (h, w) of a context h of m symbols and the symbol w after it
+            pairs = self._keys(grams[:, self.order - m:])
+            if m < self.order:
+                # lower orders count continuations: each *different* (m + 2)-gram (v, h, w)
+                # once, then forget v, so that (h, w) counts the different symbols v before it
+                longer = np.sort(self._keys(grams[:, self.order - m - 1:]))
+                longer = longer[np.r_[True, longer[1:] != longer[:-1]]]  # each different key once
+                pairs = longer % self.size ** (m + 1)
+            context, symbol = pairs // self.size, pairs % self.size
+            known, row = np.unique(context, return_inverse=True)
+            cell = row.ravel() * self.size + symbol  # (row of the context, symbol) as one index
+            table = np.bincount(cell, minlength=len(known) * self.size).reshape(len(known), self.size)
+            table = table.astype(np.int32)  # half the memory of int64; counts stay far below 2**31
+            self.levels.append({"contexts": known,                 # sorted keys of the contexts h
+                                "counts": table,                   # a(h, w), one row per context
+                                "total": table.sum(axis=1),        # a(h)
+                                "types": (table > 0).sum(axis=1)})  # t(h)
+
+    @staticmethod
+    def contexts_and_targets(x, order: int):
+        """Every predicted symbol of encoded names x and the ``order`` symbols before it.
+
+        Returns ``contexts`` (positions, order), oldest first (0 before the start), and
+        ``targets`` (positions,): the letters and the end symbol of every name, in order.
+        """
+        x = np.asarray(x, dtype=np.int64)
+        padded = np.concatenate([np.zeros((len(x), order), dtype=np.int64), x], axis=1)
+        width = x.shape[1]
+        keep = x >= 0
+        contexts = np.zeros((int(keep.sum()), order), dtype=np.int64)
+        for j in range(order):
+            contexts[:, j] = padded[:, j:j + width][keep]
+        return contexts, x[keep]
+
+    def _keys(self, contexts):
+        """One integer per context (base 27, oldest symbol first)."""
+        key = np.zeros(len(contexts), dtype=np.int64)
+        for j in range(contexts.shape[1]):
+            key = key * self.size + contexts[:, j]
+        return key
+
+    def prob(self, contexts, symbols) -> np.ndarray:
+        """p(symbols[i] | contexts[i]) for contexts (n, order) and symbols (n,): shape (n,)."""
+        contexts = np.asarray(contexts, dtype=np.int64)
+        symbols = np.asarray(symbols, dtype=np.int64)
+        if contexts.ndim != 2 or contexts.shape[1] != self.order:
+            raise ValueError(f"contexts must have shape (n, {self.order}), got {contexts.shape}")
+        d = self.discount
+        p = np.full(len(symbols), 1.0 / self.size)  # p_{-1}: uniform
+        for m, level in enumerate(self.levels):
+            key = self._keys(contexts[:, self.order - m:])  # the newest m symbols
+            i = np.minimum(np.searchsorted(level["contexts"], key), len(level["contexts"]) - 1)
+            seen = level["contexts"][i] == key
+            a = level["counts"][i, symbols]
+            total, types = level["total"][i], level["types"][i]
+            mixed = (np.maximum(a - d, 0) + d * types * p) / np.maximum(total, 1)
+            p = np.where(seen, mixed, p)  # an unseen context passes p_{m-1} on
+        return p
+
+    def probs(self, contexts) -> np.ndarray:
+        """Next-symbol distributions, shape (n, 27), for contexts of shape (n, order)."""
+        contexts = np.asarray(contexts, dtype=np.int64)
+        n = len(contexts)
+        every = np.repeat(contexts, self.size, axis=0)  # (n * 27, order): each context 27 times
+        symbols = np.tile(np.arange(self.size), n)      # (n * 27,): symbols 0..26 for each
+        return self.prob(every, symbols).reshape(n, self.size)
+
+    def nll(self, x) -> float:
+        """Mean negative log-likelihood, in nats per predicted symbol, of encoded names x."""
+        contexts, targets = self.contexts_and_targets(x, self.order)
+        return float(-np.log(self.prob(contexts, targets)).mean())
 
 
 # ---------------------------------------------------------------- the ring of Gaussians (chapters 6 and 9)

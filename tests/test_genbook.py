@@ -1,6 +1,7 @@
 """The shared helpers do what the chapters rely on, checked against independent references."""
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -145,3 +146,79 @@ def test_a_saved_model_loads_only_into_the_same_config(monkeypatch, tmp_path):
     # A corrupt file is refused too.
     (tmp_path / "model-vae.pt").write_bytes(b"not a model")
     assert genbook.load_model("vae", genbook.MLPVAE(4, (8,)), config) is None
+
+
+def _kneser_ney_by_hand(words, order, d):
+    """Interpolated Kneser-Ney straight from its definition, with strings and loops (slow)."""
+    grams = []  # every predicted symbol with the `order` symbols before it, as one string
+    for w in words:
+        s = "." * order + w + "."
+        grams += [s[t - order:t + 1] for t in range(order, len(s))]
+
+    @functools.lru_cache(maxsize=None)
+    def a(h, w):
+        if len(h) == order:  # the top order: plain counts
+            return sum(g == h + w for g in grams)
+        # lower orders: how many different symbols come just before h w
+        return len({g[-len(h) - 2] for g in grams if g.endswith(h + w)})
+
+    def p(w, h):
+        lower = p(w, h[1:]) if h else 1 / len(genbook.ALPHABET)
+        counts = {x: a(h, x) for x in genbook.ALPHABET}
+        total = sum(counts.values())
+        if total == 0:
+            return lower
+        types = sum(c > 0 for c in counts.values())
+        return max(counts[w] - d, 0) / total + d * types / total * lower
+
+    return p
+
+
+def test_kneser_ney_matches_its_definition():
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcde"), size=rng.integers(1, 6))) for _ in range(60)]
+    x = genbook.encode_names(words, 6)
+    for order in (0, 1, 2, 3):
+        # every context of known letters, seen or not, and some with the start symbol
+        contexts = rng.choice(6, size=(40, order))  # symbols 0 ('.') and a..e
+        for d in (0.0, 0.4, 1.0):
+            by_hand = _kneser_ney_by_hand(words, order, d)
+            model = genbook.KneserNey(x, order, discount=d)
+            got = model.probs(contexts)
+            for c, row in zip(contexts, got):
+                h = "".join(genbook.ALPHABET[i] for i in c)
+                expected = [by_hand(w, h) for w in genbook.ALPHABET]
+                np.testing.assert_allclose(row, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_kneser_ney_is_a_distribution_and_reduces_to_counting():
+    words, _ = genbook.read_names()
+    train, val, _ = genbook.split_names(words)
+    max_len = max(len(w) for w in words)
+    x, x_val = genbook.encode_names(train, max_len), genbook.encode_names(val, max_len)
+    # order 0 with discount 0: the maximum-likelihood unigram (symbol frequencies)
+    unigram = np.bincount(x[x >= 0], minlength=27) / (x >= 0).sum()
+    got = genbook.KneserNey(x, 0, discount=0.0).probs(np.zeros((1, 0), dtype=np.int64))[0]
+    np.testing.assert_allclose(got, unigram, rtol=1e-12)
+    # order 1 with discount 0: the counted bigram in every context
+    pairs = np.zeros((27, 27))
+    padded = np.concatenate([np.zeros((len(x), 1), dtype=np.int64), x], axis=1)
+    keep = padded[:, 1:] >= 0
+    np.add.at(pairs, (padded[:, :-1][keep], padded[:, 1:][keep]), 1)
+    got = genbook.KneserNey(x, 1, discount=0.0).probs(np.arange(27)[:, None])
+    np.testing.assert_allclose(got, pairs / pairs.sum(axis=1, keepdims=True), rtol=1e-12)
+    # any order, any discount in (0, 1]: every symbol possible, rows sum to 1, even for
+    # contexts never seen in training; nll is the mean of -ln p at the validation targets
+    rng = np.random.default_rng(0)
+    for order, d in [(2, 0.5), (7, 0.9)]:
+        model = genbook.KneserNey(x, order, discount=d)
+        contexts, targets = model.contexts_and_targets(x_val, order)
+        contexts = np.concatenate([contexts[:500], rng.integers(0, 27, size=(500, order))])
+        p = model.probs(contexts)
+        assert p.shape == (1000, 27) and (p > 0).all()
+        np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-12)
+        first = model.contexts_and_targets(x_val[:300], order)
+        expected = -np.log(model.probs(first[0])[np.arange(len(first[1])), first[1]]).mean()
+        assert model.nll(x_val[:300]) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError):
+        genbook.KneserNey(x, 1, discount=1.5)
