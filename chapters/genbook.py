@@ -29,7 +29,7 @@ __all__ = [
     "format_value", "mlp", "read_names", "split_names", "names_checksum", "ALPHABET",
     "encode_names", "KneserNey", "MLPVAE", "book_scale", "frechet_to_test", "frechet_distance_to_stats",
     "balanced_labels", "N_EVAL", "RING_K", "RING_RADIUS", "RING_STD", "ring_centres", "sample_ring",
-    "mode_report",
+    "mode_report", "save_model", "load_model", "train_vae", "DCGANGenerator", "train_dcgan",
 ]
 
 #: Fashion-MNIST's ten classes, in label order.
@@ -498,6 +498,115 @@ def MLPVAE(z_dim: int = 32, hidden=(512, 256)):
             return self.decoder(z), mu, logvar
 
     return VAE()
+
+
+def train_vae(vae, x, epochs: int, beta: float = 1.0, batch_size: int = 256, lr: float = 3e-3, desc: str = "VAE"):
+    """Chapter 4's training, for a chapter that must retrain a VAE it could not load: the decoder
+    starts at the mean image, then Adam with a one-cycle schedule on the loss summed BCE + beta KL,
+    shuffled batches in a seeded order. Returns ``vae`` in eval mode."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+    with torch.no_grad():
+        vae.decoder[-1].bias.copy_(torch.logit(x.mean(0).clamp(1e-3, 1 - 1e-3)))
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    steps_per_epoch = len(x) // batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    g = torch.Generator().manual_seed(0)
+    vae.train()
+    for _ in tqdm(range(epochs), desc=desc):
+        perm = torch.randperm(len(x), generator=g).to(x.device)
+        for i in range(steps_per_epoch):
+            xb = x[perm[i * batch_size:(i + 1) * batch_size]]
+            logits, mu, logvar = vae(xb)
+            recon = F.binary_cross_entropy_with_logits(logits, xb, reduction="none").sum(-1)
+            kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(-1)
+            loss = (recon + beta * kl).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return vae.eval()
+
+
+def DCGANGenerator(z_dim: int = 64, width: int = 32, n_classes: int = 10):
+    """Chapter 7's class-conditional DCGAN generator, for the chapters that load it: noise and a
+    16-dimensional label embedding, a linear layer to 2*width maps of 7x7, then two transposed
+    convolutions to 28x28 images in [-1, 1]. Chapter 7 derives and trains it."""
+    import torch
+    import torch.nn as nn
+
+    class Generator(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.width = width
+            self.embed = nn.Embedding(n_classes, 16)
+            self.project = nn.Sequential(nn.Linear(z_dim + 16, 2 * width * 7 * 7),
+                                         nn.BatchNorm1d(2 * width * 7 * 7), nn.ReLU())
+            self.upsample = nn.Sequential(
+                nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.ConvTranspose2d(width, 1, 4, 2, 1), nn.Tanh())
+
+        def forward(self, z, y):
+            h = self.project(torch.cat([z, self.embed(y)], dim=1))        # (B, 2 * width * 49)
+            return self.upsample(h.view(-1, 2 * self.width, 7, 7))         # (B, 1, 28, 28)
+
+    return Generator()
+
+
+def train_dcgan(x, y, steps: int = 3000, z_dim: int = 64, width: int = 32, batch: int = 32,
+                lr: float = 4e-4, betas=(0.5, 0.999), seed: int = 0):
+    """Chapter 7's DCGAN training, for a chapter that must retrain the generator it could not
+    load: DCGAN's N(0, 0.02) initialisation, a projection discriminator, the non-saturating
+    loss and Adam, ``steps`` updates of ``batch`` images (x in [0, 1], labels y). Returns the
+    generator in eval mode."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    class Discriminator(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(1, width, 4, 2, 1), nn.LeakyReLU(0.2),
+                nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2), nn.Flatten())
+            self.psi = nn.Linear(2 * width * 7 * 7, 1)
+            self.embed = nn.Embedding(10, 2 * width * 7 * 7)
+
+        def forward(self, images, labels):
+            phi = self.features(images)
+            return self.psi(phi).squeeze(1) + (self.embed(labels) * phi).sum(1)
+
+    def init(module):
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(module.weight, 1.0, 0.02)
+            nn.init.zeros_(module.bias)
+
+    device = x.device
+    torch.manual_seed(seed)
+    G = DCGANGenerator(z_dim, width).to(device).apply(init)
+    D = Discriminator().to(device).apply(init)
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
+    g = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(steps), desc="DCGAN"):
+        idx = torch.randint(len(x), (batch,), generator=g).to(device)
+        x_real, y_real = x[idx] * 2 - 1, y[idx]
+        x_fake = G(torch.randn(batch, z_dim, device=device), y_real)
+        loss_d = F.softplus(-D(x_real, y_real)).mean() + F.softplus(D(x_fake.detach(), y_real)).mean()
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = F.softplus(-D(x_fake, y_real)).mean()
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+    return G.eval()
 
 
 def save_model(name: str, model, config: dict, seconds: float) -> None:

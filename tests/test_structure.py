@@ -227,12 +227,12 @@ def test_no_file_in_the_repository_pickles_whole_models():
             assert "weights_only=True" in call, f"{path.name}: {call} must pass weights_only=True"
 
 
-def test_chapter_9_says_rightly_that_the_dcgan_scores_lower():
-    """Chapter 9 says, without a number, that chapter 7's DCGAN scores far lower on the book's
+def test_chapter_10_says_rightly_that_the_dcgan_scores_lower():
+    """Chapter 10 says, without a number, that chapter 7's DCGAN scores far lower on the book's
     scale than guided latent diffusion; the committed outputs of the two chapters must agree,
     by more than three standard deviations of the draws of each."""
     ch7 = prose.glued_values(nbformat.read(ROOT / "chapters" / "07_dcgan_fashion_mnist.ipynb", as_version=4))
-    ch9 = prose.glued_values(nbformat.read(ROOT / "chapters" / "09_diffusion_models.ipynb", as_version=4))
+    ch9 = prose.glued_values(nbformat.read(ROOT / "chapters" / "10_diffusion_models.ipynb", as_version=4))
     gap = ch9["fd_ld"] - ch7["ch7_fd_gan"]
     assert gap > 3 * (ch9["fd_ld_sd"] + ch7["ch7_fd_gan_sd"]), (ch9["fd_ld"], ch7["ch7_fd_gan"])
 
@@ -247,3 +247,29 @@ def test_chapter_7_says_rightly_how_chapter_4s_vaes_compare():
     assert 0 < ch4["sharp_gain"] - ch4["sharp_half"] and ch4["sharp_gain"] < 10, ch4["sharp_gain"]
     dcgan_gain = ch7["ch7_fd_pg"] - ch7["ch7_fd_gan"]
     assert dcgan_gain > 3 * ch4["sharp_gain"], (dcgan_gain, ch4["sharp_gain"])
+
+
+def test_the_floor_and_the_baseline_are_one_number_in_every_chapter():
+    """The book's scale is computed once (genbook.book_scale): every chapter that quotes the
+    floor or the baseline must quote the same committed value."""
+    floors, baselines = {}, {}
+    for path in sorted((ROOT / "chapters").glob("*.ipynb")):
+        values = prose.glued_values(nbformat.read(path, as_version=4))
+        for key, value in values.items():
+            if re.fullmatch(r"(ch\d+_)?(fd|fid)_floor", key):
+                floors[f"{path.name}:{key}"] = value
+            if re.fullmatch(r"(ch\d+_)?(fd|fid)_(pg|baseline)", key) or key == "ch8_baseline":
+                baselines[f"{path.name}:{key}"] = value
+        if "ch8_floor" in values:
+            floors[f"{path.name}:ch8_floor"] = values["ch8_floor"]
+    assert len(floors) >= 4 and len(baselines) >= 3, (floors, baselines)
+    assert len({round(v, 9) for v in floors.values()}) == 1, floors
+    assert len({round(v, 9) for v in baselines.values()}) == 1, baselines
+
+
+def test_chapter_8_recomputes_chapter_1s_bits_per_dimension():
+    """Chapter 8 quotes its one-Gaussian score as chapter 1's number, recomputed: the committed
+    outputs of the two chapters must agree at the precision the text shows."""
+    ch1 = prose.glued_values(nbformat.read(ROOT / "chapters" / "01_what_is_a_generative_model.ipynb", as_version=4))
+    ch8 = prose.glued_values(nbformat.read(ROOT / "chapters" / "08_measuring_generative_models.ipynb", as_version=4))
+    assert abs(ch1["ch1_pix_bpd"] - ch8["ch8_bpd_one"]) < 5e-3, (ch1["ch1_pix_bpd"], ch8["ch8_bpd_one"])

@@ -79,6 +79,20 @@ def is_check_cell(cell) -> bool:
     return cell.cell_type == "code" and cell.source.startswith(CHECK_TITLE)
 
 
+def glued_keys(nb) -> list[str]:
+    """Every key the check cells recorded with genbook.glue, in order, repeats included."""
+    keys = []
+    for cell in nb.cells:
+        if not is_check_cell(cell):
+            continue
+        for out in cell.get("outputs", []):
+            text = out.get("data", {}).get("text/plain", "") if out.output_type == "display_data" else ""
+            match = GLUED.match(text)
+            if match:
+                keys.append(match["key"])
+    return keys
+
+
 def glued_values(nb) -> dict:
     """The values that the check cells recorded with genbook.glue, from the saved outputs."""
     values = {}
@@ -179,6 +193,9 @@ def problems(path: Path) -> list[str]:
     for what, pattern in MYST_SYNTAX.items():
         for match in pattern.finditer(text):
             found.append(f"MyST syntax that notebook readers would see, {what}: {match[0]!r}")
+    keys = glued_keys(nb)
+    for key in sorted({k for k in keys if keys.count(k) > 1}):
+        found.append(f"{key!r} is recorded with genbook.glue more than once: the text would quote only the last")
     for match in MARKER.finditer(text):
         key, spec = match["key"], match["spec"] or ""
         if key not in values:
