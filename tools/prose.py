@@ -79,9 +79,8 @@ def is_check_cell(cell) -> bool:
     return cell.cell_type == "code" and cell.source.startswith(CHECK_TITLE)
 
 
-def glued_keys(nb) -> list[str]:
-    """Every key the check cells recorded with genbook.glue, in order, repeats included."""
-    keys = []
+def _glue_matches(nb):
+    """The genbook.glue records in the check cells' saved outputs, in order, repeats included."""
     for cell in nb.cells:
         if not is_check_cell(cell):
             continue
@@ -89,22 +88,17 @@ def glued_keys(nb) -> list[str]:
             text = out.get("data", {}).get("text/plain", "") if out.output_type == "display_data" else ""
             match = GLUED.match(text)
             if match:
-                keys.append(match["key"])
-    return keys
+                yield match
+
+
+def glued_keys(nb) -> list[str]:
+    """Every key the check cells recorded with genbook.glue, in order, repeats included."""
+    return [match["key"] for match in _glue_matches(nb)]
 
 
 def glued_values(nb) -> dict:
     """The values that the check cells recorded with genbook.glue, from the saved outputs."""
-    values = {}
-    for cell in nb.cells:
-        if not is_check_cell(cell):
-            continue
-        for out in cell.get("outputs", []):
-            text = out.get("data", {}).get("text/plain", "") if out.output_type == "display_data" else ""
-            match = GLUED.match(text)
-            if match:
-                values[match["key"]] = ast.literal_eval(match["value"])
-    return values
+    return {match["key"]: ast.literal_eval(match["value"]) for match in _glue_matches(nb)}
 
 
 def figure_numbers(nb, chapter: str) -> dict[str, str]:
